@@ -1,0 +1,161 @@
+"""Training configuration: pydantic models, a YAML file, and ``--set key.path=value`` overrides.
+
+The YAML file holds defaults for a run; ``--set`` overrides win over it. Every section forbids
+unknown keys, so a typo is an error that names the key instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["digits", "folder"] = "digits"
+    root: Path | None = Field(default=None, description="data folder; required unless dataset is digits")
+    image_size: int = Field(default=32, gt=0, description="square input size in pixels")
+    color_mode: Literal["L", "RGB"] = "L"
+    resize: Literal["stretch", "center_crop"] = "stretch"
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    batch_size: int = Field(default=64, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        channels = 1 if self.color_mode == "L" else 3
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"data.mean and data.std need {channels} values for color_mode {self.color_mode}, "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(value <= 0 for value in self.std):
+            raise ValueError(f"data.std values must be positive, got {self.std}")
+        if self.dataset != "digits" and self.root is None:
+            raise ValueError(f"data.root is required for dataset {self.dataset!r}")
+        return self
+
+
+class AugmentConfig(_Section):
+    hflip: float = Field(default=0.0, ge=0.0, le=1.0, description="horizontal flip probability")
+    random_resized_crop: bool = False
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    color_jitter: float = Field(default=0.0, ge=0.0, description="brightness/contrast/saturation")
+    rotation: float = Field(default=0.0, ge=0.0, description="max rotation in degrees")
+
+
+class ModelConfig(_Section):
+    name: str = Field(default="resnet18", description="any timm model name")
+    pretrained: Path | None = Field(default=None, description="local weights file; nothing is downloaded")
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+
+
+class SchedulerConfig(_Section):
+    name: Literal["none", "steplr", "multisteplr", "cosine"] = "steplr"
+    step_size: int = Field(default=5, gt=0, description="epochs between decays (steplr)")
+    milestones: list[int] = Field(default_factory=lambda: [10, 20], description="epochs (multisteplr)")
+    gamma: float = Field(default=0.5, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(default=0, ge=0, description="linear warmup (cosine)")
+    min_lr: float = Field(default=0.0, ge=0.0)
+
+
+class LossConfig(_Section):
+    name: Literal["cross_entropy"] = "cross_entropy"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=10, gt=0)
+    accumulation_steps: int = Field(default=1, gt=0)
+    log_interval: int = Field(default=10, gt=0, description="optimizer steps between log lines")
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda[:N]'")
+    output_dir: Path = Path("runs")
+    deterministic: bool = True
+
+
+class Config(_Section):
+    name: str = "digits"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class ConfigError(ValueError):
+    """Raised for an unreadable config file, a bad override or an invalid value."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value`` into a key path and a YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from exc
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {part!r} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated config from an optional YAML file and ``key.path=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    for text in overrides:
+        key_path, value = parse_override(text)
+        apply_override(data, key_path, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from exc
+
+
+def format_validation_error(exc: ValidationError, path: Path | None) -> str:
+    source = f" in {path}" if path else ""
+    lines = [f"invalid configuration{source}:"]
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = f" (got {error['input']!r})" if "input" in error and error["type"] != "missing" else ""
+        lines.append(f"  {location}: {error['msg']}{value}")
+    return "\n".join(lines)
+
+
+def dump_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

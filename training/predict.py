@@ -1,0 +1,56 @@
+"""Offline prediction with the eager PyTorch model from a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from training.data.datasets import IMAGE_SUFFIXES, ImageDataset, Sample
+from training.data.transforms import build_eval_transform
+from training.engine import predict_logits
+from training.export import load_model_from_checkpoint
+
+
+def list_images(root: Path) -> list[Path]:
+    """Every image file under ``root`` in sorted order, hidden files skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def predict_files(
+    checkpoint: Path, paths: list[Path], batch_size: int = 64
+) -> tuple[list[int], list[str], torch.Tensor]:
+    """Return class ids, class names and softmax probabilities for each file, in order."""
+    model, config, class_names, _ = load_model_from_checkpoint(checkpoint)
+    dataset = ImageDataset([Sample(target=-1, path=p) for p in paths], build_eval_transform(config.data))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    probabilities = predict_logits(model, loader, torch.device("cpu")).softmax(dim=1)
+    class_ids = probabilities.argmax(dim=1).tolist()
+    return class_ids, class_names, probabilities
+
+
+def write_predictions(checkpoint: Path, images: Path, out: Path, batch_size: int = 64) -> Path:
+    paths = list_images(images)
+    if not paths:
+        allowed = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ValueError(f"no images under {images} (allowed suffixes: {allowed})")
+    class_ids, class_names, probabilities = predict_files(checkpoint, paths, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "class_id", "label", "score"])
+        for path, class_id, row in zip(paths, class_ids, probabilities, strict=True):
+            relative = path.relative_to(images).as_posix()
+            writer.writerow([relative, class_id, class_names[class_id], f"{row[class_id]:.6f}"])
+    return out
