@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.manifest import Manifest, load_manifest, verify_files
+from serving.manifest import InputContract, Manifest, load_manifest, resolve_model_dir, verify_files
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,30 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def to_input_batch(images: np.ndarray, contract: InputContract) -> np.ndarray:
+    """Convert uint8 ``[N, H, W, C]`` pixels to the layout and dtype the contract names."""
+    batch = np.ascontiguousarray(images, dtype=np.uint8)
+    if contract.format == "float32_nchw":
+        mean = np.asarray(contract.mean, dtype=np.float32)
+        std = np.asarray(contract.std, dtype=np.float32)
+        batch = ((batch.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+        batch = np.ascontiguousarray(batch)
+    return batch
+
+
 class OnnxSession:
     """An onnxruntime session over an export's ``model.onnx``."""
 
-    def __init__(self, model_dir: str | Path, providers: list[str] | None = None, verify: bool = True):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        providers: list[str] | None = None,
+        verify: bool = True,
+        onnx_file: str | None = None,
+    ):
         import onnxruntime as ort
 
-        self.model_dir = Path(model_dir)
+        self.model_dir = resolve_model_dir(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir)
         if verify:
             verify_files(self.model_dir, self.manifest)
@@ -80,7 +97,9 @@ class OnnxSession:
             options.intra_op_num_threads = int(threads)
         requested = providers or choose_providers()
         self.session = ort.InferenceSession(
-            str(self.model_dir / self.manifest.onnx_file), sess_options=options, providers=requested
+            str(self.model_dir / (onnx_file or self.manifest.onnx_file)),
+            sess_options=options,
+            providers=requested,
         )
         self.providers: list[str] = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
@@ -102,13 +121,7 @@ class Postprocessor:
 
     def to_batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Stack uint8 HWC arrays into the graph's input layout and dtype."""
-        batch = np.stack(arrays).astype(np.uint8, copy=False)
-        if self.contract.format == "float32_nchw":
-            mean = np.asarray(self.contract.mean, dtype=np.float32)
-            std = np.asarray(self.contract.std, dtype=np.float32)
-            batch = ((batch.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
-            batch = np.ascontiguousarray(batch)
-        return batch
+        return to_input_batch(np.stack(arrays), self.contract)
 
     def top_k(self, logits: np.ndarray, k: int = 5) -> list[list[TopClass]]:
         """Return the k most probable classes of each row, best first."""

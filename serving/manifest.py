@@ -2,6 +2,10 @@
 
 The exporter writes ``manifest.json`` with these models and the service reads it back with them, so
 a service can load a model with no torch installed. Pydantic validates the file on load.
+
+Exports live in ``exports/<name>/<version>/`` with positive integer versions, as in a Triton model
+repository. A model folder given to the service may be a version folder (it holds
+``manifest.json``) or a model folder, in which case the highest version is used.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serving.preprocess import ColorMode, ImageSpec, ResizeMode
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
 
 
 class InputContract(BaseModel):
@@ -67,6 +71,31 @@ class OutputContract(BaseModel):
     kind: Literal["logits"] = "logits"
 
 
+class GoldenSample(BaseModel):
+    """An encoded validation image and the top-5 output the export produced for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="path relative to the export folder, e.g. golden/000.png")
+    class_ids: list[int] = Field(min_length=1, description="top-5 class indices, best first")
+    scores: list[float] = Field(min_length=1, description="softmax probabilities of class_ids")
+
+
+class Variant(BaseModel):
+    """A reduced-precision ONNX graph beside the fp32 one, with the same input and output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+    precision: Literal["int8", "fp16"]
+    parity: dict[str, float] = Field(description="differences against the fp32 ONNX graph")
+    tolerance: float = Field(description="maximum absolute probability difference allowed")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="validation accuracy and macro F1 of fp32 and of this variant"
+    )
+    notes: str = ""
+
+
 class Manifest(BaseModel):
     """Everything a service needs to load and check an export."""
 
@@ -83,13 +112,20 @@ class Manifest(BaseModel):
     onnx_file: str = "model.onnx"
     torchscript_file: str = "model.pt"
     opset: int
-    exporter: str
+    exporter: str = Field(description="the ONNX exporter used: 'dynamo' or 'torchscript'")
+    exporter_notes: str = Field(default="", description="why another exporter was not used, if one failed")
+    torchscript_method: Literal["script", "trace"]
     versions: dict[str, str]
-    files: dict[str, str] = Field(description="sha256 hex digest of every artifact, by file name")
+    files: dict[str, str] = Field(description="sha256 hex digest of every artifact, by relative path")
     parity: dict[str, float] = Field(
-        description="max absolute logit difference against eager PyTorch, by engine and batch size"
+        description="eager PyTorch against each engine: max absolute logit and probability "
+        "differences, top-1 agreement, and row-by-row batch consistency"
     )
     parity_tolerance: float
+    golden: list[GoldenSample] = Field(default_factory=list)
+    golden_tolerance: float = Field(default=1e-3, description="max absolute probability difference")
+    variants: dict[str, Variant] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="validation metrics from training")
 
     @property
     def num_classes(self) -> int:
@@ -104,21 +140,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(model_dir: str | Path) -> Manifest:
-    """Read and validate ``manifest.json`` from an export folder."""
-    path = Path(model_dir) / MANIFEST_NAME
-    if not path.is_file():
+def resolve_model_dir(model_dir: str | Path) -> Path:
+    """Return the version folder to load: ``model_dir`` itself, or its highest integer version."""
+    model_dir = Path(model_dir)
+    if (model_dir / MANIFEST_NAME).is_file():
+        return model_dir
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    versions = [
+        child
+        for child in model_dir.iterdir()
+        if child.is_dir() and child.name.isdigit() and (child / MANIFEST_NAME).is_file()
+    ]
+    if not versions:
         raise FileNotFoundError(
-            f"no {MANIFEST_NAME} in {Path(model_dir)}: point MODEL_DIR at a folder written by "
-            "'python -m training export'"
+            f"no {MANIFEST_NAME} in {model_dir} or in an integer version folder below it: point "
+            "MODEL_DIR at a folder written by 'python -m training export'"
         )
+    return max(versions, key=lambda child: int(child.name))
+
+
+def load_manifest(model_dir: str | Path) -> Manifest:
+    """Read and validate ``manifest.json`` from an export folder (see ``resolve_model_dir``)."""
+    path = resolve_model_dir(model_dir) / MANIFEST_NAME
     return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def verify_files(model_dir: str | Path, manifest: Manifest) -> None:
     """Check every artifact against its sha256 in the manifest; raise naming the first mismatch."""
+    model_dir = resolve_model_dir(model_dir)
     for file_name, expected in manifest.files.items():
-        path = Path(model_dir) / file_name
+        path = model_dir / file_name
         if not path.is_file():
             raise FileNotFoundError(f"{path} is listed in the manifest but missing")
         actual = sha256_file(path)

@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def tiny_export(tiny_run, tmp_path_factory) -> Path:
     from training.export import export
 
-    return export(tiny_run / "best.pt", tmp_path_factory.mktemp("exports") / "digits", version="test")
+    return export(tiny_run / "best.pt", tmp_path_factory.mktemp("exports") / "digits", version="1")
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def test_response_schema(service, digit_pngs):
     paths, _ = digit_pngs
     body = post_files(service.url, as_files(paths[:3])).json()
     assert body["model"] == "digits"
-    assert body["version"] == "test"
+    assert body["version"] == "1"
     assert [p["file"] for p in body["predictions"]] == [p.name for p in paths[:3]]
     for prediction in body["predictions"]:
         assert prediction["label"] == str(prediction["class_id"])

@@ -29,14 +29,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write ONNX, TorchScript and manifest.json from a checkpoint")
     export.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt file")
-    export.add_argument("--out", type=Path, required=True, help="output folder, e.g. exports/digits")
+    export.add_argument(
+        "--out", type=Path, required=True, help="model folder; the export goes to <out>/<version>/"
+    )
     export.add_argument(
         "--tolerance",
         type=float,
         default=1e-4,
         help="maximum absolute logit difference allowed against eager PyTorch (default: 1e-4)",
     )
-    export.add_argument("--version", default=None, help="export version (default: UTC timestamp)")
+    export.add_argument(
+        "--version", default=None, help="positive integer version folder under --out (default: highest + 1)"
+    )
+    export.add_argument(
+        "--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+        help="ONNX exporter; auto tries dynamo, then torchscript, and keeps the first within tolerance "
+        "(default: auto)",
+    )
+    export.add_argument(
+        "--input-format", choices=["uint8_nhwc", "float32_nchw"], default="uint8_nhwc",
+        help="graph input: uint8 pixels normalized in the graph, or normalized float32 (default: uint8_nhwc)",
+    )
+    export.add_argument(
+        "--allow-tracer-warnings", action="store_true",
+        help="keep a traced TorchScript model even when tracing warned (default: such a warning is an error)",
+    )
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ)")
+    export.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx for GPUs")
+    export.add_argument(
+        "--fp16-tolerance", type=float, default=1e-2,
+        help="maximum absolute probability difference of the fp16 graph (default: 1e-2)",
+    )
 
     predict = commands.add_parser("predict", help="predict every image under a folder with the eager model")
     predict.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt file")
@@ -69,9 +92,19 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = train(load_config(args.config, args.overrides))
             print(run_dir)
         elif args.command == "export":
-            from training.export import export
+            from training.export import ExportOptions, export
 
-            print(export(args.checkpoint, args.out, tolerance=args.tolerance, version=args.version))
+            options = ExportOptions(
+                tolerance=args.tolerance,
+                version=args.version,
+                exporter=args.exporter,
+                input_format=args.input_format,
+                allow_tracer_warnings=args.allow_tracer_warnings,
+                int8=args.int8,
+                fp16=args.fp16,
+                fp16_tolerance=args.fp16_tolerance,
+            )
+            print(export(args.checkpoint, args.out, options))
         elif args.command == "predict":
             from training.predict import write_predictions
 
