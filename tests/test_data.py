@@ -2,11 +2,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.data import build_data, split_samples
 from training.data.datasets import digits_to_uint8, load_digits_samples, load_folder_samples
+from training.data.transforms import build_eval_transform, build_train_transform
 
 
 def test_digits_scaled_to_uint8():
@@ -84,3 +86,36 @@ def test_folder_dataset_rejects_empty_class(tmp_path):
     (root / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
         load_folder_samples(root)
+
+
+def test_eval_transform_deterministic():
+    config = load_config(None, ["data.image_size=16", "augment.hflip=1.0", "augment.color_jitter=0.5"])
+    image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    transform = build_eval_transform(config.data)
+    assert torch.equal(transform(image), transform(image))
+
+
+def test_train_transform_hflip():
+    config = load_config(None, ["data.image_size=8", "augment.hflip=1.0"])
+    image = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    flipped = build_train_transform(config.data, config.augment)(image)
+    assert torch.equal(flipped, build_eval_transform(config.data)(image).flip(-1))
+
+
+def test_train_transform_crop_size():
+    overrides = ["data.image_size=12", "augment.random_resized_crop=true", "augment.crop_scale=[0.3, 0.5]"]
+    config = load_config(
+        None, [*overrides, "data.color_mode=RGB", "data.mean=[0.5,0.5,0.5]", "data.std=[0.5,0.5,0.5]"]
+    )
+    image = Image.new("RGB", (24, 32), (10, 200, 30))
+    assert build_train_transform(config.data, config.augment)(image).shape == (3, 12, 12)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["augment.crop_scale=[0.9, 0.5]", "augment.crop_scale=[0.0, 1.0]", "augment.crop_scale=[0.5, 1.5]",
+     "augment.crop_ratio=[1.5, 0.5]", "augment.crop_ratio=[0.0, 1.0]"],
+)  # fmt: skip
+def test_augment_config_rejects_bad_ranges(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(None, [override])

@@ -18,7 +18,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    dataset: Literal["digits", "folder"] = "digits"
+    dataset: Literal["digits", "folder", "mask"] = "digits"
     root: Path | None = Field(default=None, description="data folder; required unless dataset is digits")
     image_size: int = Field(default=32, gt=0, description="square input size in pixels")
     color_mode: Literal["L", "RGB"] = "L"
@@ -28,6 +28,12 @@ class DataConfig(_Section):
     num_workers: int = Field(default=0, ge=0)
     mean: list[float] = Field(default_factory=lambda: [0.5])
     std: list[float] = Field(default_factory=lambda: [0.5])
+    age_cutoffs: tuple[int, int] = Field(
+        default=(30, 60), description="mask: first ages in years of age groups 1 and 2"
+    )
+    skip_invalid_folders: bool = Field(
+        default=False, description="mask: skip folders whose names do not parse, with a warning"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -41,15 +47,29 @@ class DataConfig(_Section):
             raise ValueError(f"data.std values must be positive, got {self.std}")
         if self.dataset != "digits" and self.root is None:
             raise ValueError(f"data.root is required for dataset {self.dataset!r}")
+        low, high = self.age_cutoffs
+        if not 0 < low < high:
+            raise ValueError(f"data.age_cutoffs must satisfy 0 < first < second, got [{low}, {high}]")
         return self
 
 
 class AugmentConfig(_Section):
     hflip: float = Field(default=0.0, ge=0.0, le=1.0, description="horizontal flip probability")
     random_resized_crop: bool = False
-    crop_scale: tuple[float, float] = (0.8, 1.0)
+    crop_scale: tuple[float, float] = Field(default=(0.8, 1.0), description="crop area / image area")
+    crop_ratio: tuple[float, float] = Field(default=(3 / 4, 4 / 3), description="crop width / height")
     color_jitter: float = Field(default=0.0, ge=0.0, description="brightness/contrast/saturation")
     rotation: float = Field(default=0.0, ge=0.0, description="max rotation in degrees")
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got [{low}, {high}]")
+        low, high = self.crop_ratio
+        if not 0.0 < low <= high:
+            raise ValueError(f"augment.crop_ratio must satisfy 0 < min <= max, got [{low}, {high}]")
+        return self
 
 
 class ModelConfig(_Section):
@@ -60,33 +80,97 @@ class ModelConfig(_Section):
 
 class OptimizerConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0.0)
+    lr: float = Field(default=1e-3, gt=0.0, description="base learning rate; the peak for onecycle")
     weight_decay: float = Field(default=0.0, ge=0.0)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(default=False, description="sgd only; needs momentum > 0")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0.0):
+            raise ValueError(
+                f"optimizer.nesterov needs optimizer.name sgd and momentum > 0, "
+                f"got name {self.name!r} and momentum {self.momentum}"
+            )
+        return self
 
 
 class SchedulerConfig(_Section):
-    name: Literal["none", "steplr", "multisteplr", "cosine"] = "steplr"
+    """Learning-rate schedule: steplr and multisteplr step once per epoch, cosine and onecycle once
+    per optimizer step."""
+
+    name: Literal["none", "steplr", "multisteplr", "cosine", "onecycle"] = "steplr"
     step_size: int = Field(default=5, gt=0, description="epochs between decays (steplr)")
     milestones: list[int] = Field(default_factory=lambda: [10, 20], description="epochs (multisteplr)")
-    gamma: float = Field(default=0.5, gt=0.0, le=1.0)
-    warmup_epochs: int = Field(default=0, ge=0, description="linear warmup (cosine)")
-    min_lr: float = Field(default=0.0, ge=0.0)
+    gamma: float = Field(default=0.5, gt=0.0, le=1.0, description="decay factor (steplr, multisteplr)")
+    warmup_epochs: float = Field(default=0.0, ge=0.0, description="linear warmup length (cosine)")
+    min_lr: float = Field(default=0.0, ge=0.0, description="final learning rate (cosine)")
+    pct_start: float = Field(default=0.3, gt=0.0, lt=1.0, description="rising share of steps (onecycle)")
+    div_factor: float = Field(default=25.0, gt=1.0, description="optimizer.lr / initial lr (onecycle)")
+    final_div_factor: float = Field(default=1e4, gt=1.0, description="initial lr / final lr (onecycle)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulerConfig:
+        if self.warmup_epochs > 0 and self.name != "cosine":
+            raise ValueError(
+                f"lr_scheduler.warmup_epochs applies to cosine only, got name {self.name!r}; "
+                "set warmup_epochs to 0 or name to cosine"
+            )
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ValueError(f"lr_scheduler.milestones must be increasing, got {self.milestones}")
+        return self
 
 
 class LossConfig(_Section):
-    name: Literal["cross_entropy"] = "cross_entropy"
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    name: Literal["cross_entropy", "focal", "label_smoothing", "soft_f1"] = "cross_entropy"
+    label_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="smoothing epsilon (cross_entropy, label_smoothing)"
+    )
+    focal_gamma: float = Field(default=2.0, ge=0.0, description="focusing exponent (focal)")
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        default="none",
+        description="'balanced' (n_samples / (num_classes * class count)) or one weight per class",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.name == "label_smoothing" and self.label_smoothing == 0.0:
+            raise ValueError("loss.label_smoothing must be > 0 (e.g. 0.1) for loss.name label_smoothing")
+        if self.name in ("focal", "soft_f1") and self.label_smoothing > 0.0:
+            raise ValueError(
+                f"loss.label_smoothing applies to cross_entropy and label_smoothing, not {self.name!r}; "
+                "set it to 0"
+            )
+        if isinstance(self.class_weights, list) and any(w < 0 for w in self.class_weights):
+            raise ValueError(f"loss.class_weights must not be negative, got {self.class_weights}")
+        return self
 
 
 class TrainConfig(_Section):
     epochs: int = Field(default=10, gt=0)
-    accumulation_steps: int = Field(default=1, gt=0)
+    accumulation_steps: int = Field(default=1, gt=0, description="micro-batches per optimizer step")
     log_interval: int = Field(default=10, gt=0, description="optimizer steps between log lines")
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda[:N]'")
     output_dir: Path = Path("runs")
     deterministic: bool = True
+    monitor: str = Field(
+        default="macro_f1", description="validation metric that selects best.pt; 'loss' is minimized"
+    )
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        default="off", description="mixed precision on CUDA (fp16 adds a grad scaler); CPU runs fp32"
+    )
+    channels_last: bool = Field(default=False, description="NHWC memory format on CUDA")
+    sampler: Literal["shuffle", "weighted"] = Field(
+        default="shuffle", description="'weighted' draws classes equally often (with replacement)"
+    )
+    tensorboard: bool = Field(default=True, description="write TensorBoard event files to the run")
+    tta: Literal["none", "hflip"] = Field(default="none", description="test-time augmentation")
+    limit_train_batches: int | None = Field(
+        default=None, gt=0, description="micro-batches per epoch and process (quick checks)"
+    )
+    limit_val_batches: int | None = Field(
+        default=None, gt=0, description="validation batches per process (quick checks)"
+    )
 
 
 class Config(_Section):

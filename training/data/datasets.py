@@ -1,6 +1,7 @@
 """Data sets: scikit-learn's embedded digits and any folder-per-class tree.
 
 Each data set is a list of samples (an image source and a class index) behind one ``ImageDataset``.
+The mask-competition layout is read by ``training.data.mask`` into the same samples.
 Images are decoded with ``serving.preprocess.decode_image``, so EXIF orientation is applied the same
 way as in the service.
 """
@@ -10,23 +11,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from serving.preprocess import decode_image
+from training.data.labels import MaskLabels
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: a file path, or pixels already in memory, and its class index."""
+    """One image: a file path, or pixels already in memory, and its class index.
+
+    ``group`` names the person (or other unit) the image belongs to: the validation split never puts
+    two samples of one group on different sides. ``labels`` holds the attribute labels of
+    mask-competition images, None for other data sets.
+    """
 
     target: int
     path: Path | None = None
     pixels: np.ndarray | None = None
+    group: str | None = None
+    labels: MaskLabels | None = None
 
     def load(self) -> Image.Image:
         if self.pixels is not None:
@@ -36,10 +46,35 @@ class Sample:
         return decode_image(self.path.read_bytes())
 
 
+TargetMode = Literal["class", "heads"]
+
+
 class ImageDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: Callable | None = None):
+    """Samples behind a transform; each item is ``(image, target)``.
+
+    With ``target_mode="class"`` the target is the class index. With ``"heads"`` it is a dict of
+    the class and every attribute label (``class``, ``mask``, ``gender``, ``age_group``, ``age``),
+    which the default collate turns into a dict of tensors; every sample then needs ``labels``.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable | None = None,
+        target_mode: TargetMode = "class",
+    ):
+        if target_mode not in ("class", "heads"):
+            raise ValueError(f"target_mode must be 'class' or 'heads', got {target_mode!r}")
         self.samples = list(samples)
         self.transform = transform
+        self.target_mode = target_mode
+        if target_mode == "heads":
+            unlabeled = sum(sample.labels is None for sample in self.samples)
+            if unlabeled:
+                raise ValueError(
+                    f"target_mode 'heads' needs attribute labels, but {unlabeled} of "
+                    f"{len(self.samples)} samples have none; only the mask data set has them"
+                )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,6 +84,8 @@ class ImageDataset(Dataset):
         image = sample.load()
         if self.transform is not None:
             image = self.transform(image)
+        if self.target_mode == "heads":
+            return image, sample.labels.as_targets()
         return image, sample.target
 
     @property

@@ -52,7 +52,9 @@ def build_train_transform(data: DataConfig, augment: AugmentConfig) -> v2.Compos
         steps += [
             ConvertColor(data.color_mode),
             v2.PILToTensor(),
-            v2.RandomResizedCrop(data.image_size, scale=augment.crop_scale, antialias=True),
+            v2.RandomResizedCrop(
+                data.image_size, scale=augment.crop_scale, ratio=augment.crop_ratio, antialias=True
+            ),
         ]
     else:
         steps.append(ServingResize(image_spec(data)))
