@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,9 +49,15 @@ class ServiceProcess:
         self.cwd = Path(cwd) if cwd else Path(__file__).resolve().parent.parent
         self.process: subprocess.Popen | None = None
         self._log_handle = None
+        self._home: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> ServiceProcess:
         env = {**os.environ, "MODEL_DIR": str(self.model_dir.resolve()), **self.extra_env}
+        if "BENTOML_HOME" not in self.extra_env:
+            # Each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, so two
+            # servers sharing a home corrupt each other's /metrics. Each process gets its own home.
+            self._home = tempfile.TemporaryDirectory(prefix="bentoml-home-")
+            env["BENTOML_HOME"] = self._home.name
         bentoml = Path(sys.executable).with_name("bentoml")
         command = [str(bentoml), "serve", SERVICE_TARGET, "--host", self.host, "--port", str(self.port)]
         if self.log_path:
@@ -103,6 +110,9 @@ class ServiceProcess:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+        if self._home is not None:
+            self._home.cleanup()
+            self._home = None
 
     def __enter__(self) -> ServiceProcess:
         self.start()

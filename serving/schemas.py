@@ -1,8 +1,8 @@
-"""Response models of the HTTP API; BentoML turns them into the OpenAPI schema."""
+"""Request and response models of the HTTP API; BentoML turns them into the OpenAPI schema."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ClassScore(BaseModel):
@@ -11,17 +11,39 @@ class ClassScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    file: str = Field(description="name of the uploaded file, as the client sent it")
+    file: str = Field(description="file name the client sent, or images[i] / body when it sent none")
     label: str = Field(description="most probable class name")
     class_id: int = Field(ge=0, description="index of the most probable class")
     score: float = Field(ge=0.0, le=1.0, description="softmax probability of that class")
-    top5: list[ClassScore] = Field(description="the most probable classes, best first (at most 5)")
+    top5: list[ClassScore] = Field(
+        description="the most probable classes, best first (5, or fewer with fewer classes)"
+    )
 
 
 class PredictResponse(BaseModel):
     model: str = Field(description="export name from the manifest")
     version: str = Field(description="export version from the manifest")
-    predictions: list[Prediction] = Field(description="one prediction per uploaded image, in order")
+    predictions: list[Prediction] = Field(description="one prediction per image, in request order")
+
+
+class Base64Image(BaseModel):
+    """One image of a JSON request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(
+        description="the encoded image file in base64 (standard or URL-safe alphabet); "
+        "a data URI such as 'data:image/png;base64,...' is accepted too"
+    )
+    name: str | None = Field(default=None, description="name echoed back as 'file' in the prediction")
+
+
+class Base64Request(BaseModel):
+    """JSON body of ``POST /predict`` with ``Content-Type: application/json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Base64Image] = Field(description="one or more images; predictions come back in this order")
 
 
 class ErrorDetail(BaseModel):
@@ -32,3 +54,40 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class InputInfo(BaseModel):
+    format: str = Field(description="tensor layout and dtype the graph takes: uint8_nhwc or float32_nchw")
+    shape: list[int | str] = Field(description="input tensor shape; 'batch' is the dynamic dimension")
+    height: int
+    width: int
+    color_mode: str = Field(description="L (grayscale) or RGB")
+    resize: str = Field(description="stretch or center_crop")
+    interpolation: str
+    mean: list[float] = Field(description="normalization mean per channel, on a 0..1 scale")
+    std: list[float] = Field(description="normalization standard deviation per channel, on a 0..1 scale")
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int = Field(description="maximum images in one onnxruntime call")
+    max_latency_ms: int = Field(description="latency budget of one model call, queueing included")
+    api_threads: int = Field(description="requests decoded at once")
+
+
+class LimitsInfo(BaseModel):
+    max_request_bytes: int
+    max_images: int = Field(description="images per request")
+    max_pixels: int = Field(description="pixels per image")
+
+
+class ModelInfo(BaseModel):
+    """Response of ``GET /model``."""
+
+    name: str
+    version: str
+    architecture: str
+    classes: list[str] = Field(description="class names, indexed by class_id")
+    input: InputInfo
+    execution_providers: list[str] = Field(description="onnxruntime execution providers in use, in order")
+    batching: BatchingInfo
+    limits: LimitsInfo

@@ -58,7 +58,7 @@ def test_response_schema(service, digit_pngs):
 
 def test_request_larger_than_max_batch(service, digit_pngs):
     paths, _ = digit_pngs
-    many = (paths * 2)[:70]  # more than the default max_batch_size of 32
+    many = (paths * 2)[:64]  # over the default max_batch_size of 32, at the default image limit
     response = post_files(service.url, as_files(many))
     assert response.status_code == 200
     names = [p["file"] for p in response.json()["predictions"]]
