@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -88,31 +87,6 @@ def benchmark_export(label: str, checkpoint: Path, eager_module, workdir: Path, 
     return rows, manifest.variants["int8"].metrics
 
 
-def make_checkpoint(
-    model_name: str, image_size: int, num_classes: int, color_mode: str, workdir: Path
-) -> Path:
-    """Write a checkpoint of a freshly initialized model, for speed measurements only."""
-    from training.checkpoint import save_checkpoint
-    from training.config import load_config
-    from training.models import create_model
-
-    mean = [0.5] if color_mode == "L" else [0.485, 0.456, 0.406]
-    std = [0.5] if color_mode == "L" else [0.229, 0.224, 0.225]
-    config = load_config(
-        REPO / "configs" / "digits.yaml",
-        [f"model.name={model_name}", f"data.image_size={image_size}", f"data.color_mode={color_mode}",
-         f"data.mean={mean}", f"data.std={std}", f"name={model_name}"],
-    )  # fmt: skip
-    model = create_model(config.model, num_classes, 1 if color_mode == "L" else 3)
-    path = workdir / f"{model_name}_{image_size}.pt"
-    class_names = [str(i) for i in range(num_classes)]
-    save_checkpoint(
-        {"model": model.state_dict(), "config": config.model_dump(mode="json"), "class_names": class_names},
-        path,
-    )
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -126,6 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    from benchmarks.common import machine_line, make_checkpoint, write_section
     from training.export import load_model_from_checkpoint
     from training.export.wrappers import UInt8Input
 
@@ -156,7 +131,7 @@ def main() -> int:
     lines = [
         SECTION,
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; {args.threads} threads per engine.",
+        f"{machine_line()} {args.threads} threads per engine.",
         f"Command: `python benchmarks/engines.py --threads {args.threads} --seconds {args.seconds:g}`",
         "",
     ]
@@ -178,20 +153,8 @@ def main() -> int:
         lines.append("")
     section = "\n".join(lines)
     print(section)
-    write_section(REPO / "BENCHMARKS.md", section)
+    write_section(REPO / "BENCHMARKS.md", SECTION, section)
     return 0
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of BENCHMARKS.md, keeping the other sections."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end == -1 else text[end:])
-    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
