@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from serving.preprocess import ColorMode, ImageSpec, ResizeMode
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 2
+MANIFEST_SCHEMA_VERSION = 3
 
 
 class InputContract(BaseModel):
@@ -64,11 +64,42 @@ class InputContract(BaseModel):
         return ["batch", channels, self.height, self.width]
 
 
+class HeadOutput(BaseModel):
+    """One extra graph output of a multi-head model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="graph output name, e.g. mask_logits")
+    head: str = Field(description="the head's label, e.g. mask, gender, age_group or age")
+    kind: Literal["logits", "regression"]
+    shape: list[int | str] = Field(description="e.g. ['batch', 3] for logits, ['batch'] for a regression")
+    class_names: list[str] = Field(default_factory=list, description="logits heads: name of each column")
+    unit: str = Field(default="", description="regression heads: the unit of the value, e.g. years")
+
+
 class OutputContract(BaseModel):
+    """Graph outputs. The first output, ``name``, is always ``[N, num_classes]`` logits.
+
+    A three-head export adds one output per head after it, described in ``head_outputs``; a service
+    that reads only the first output needs no change. ``combination`` states how the first output is
+    computed from the heads.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = "logits"
     kind: Literal["logits"] = "logits"
+    heads: Literal["single", "three"] = "single"
+    combination: str = ""
+    head_outputs: list[HeadOutput] = Field(default_factory=list)
+    age_cutoffs: list[int] | None = Field(
+        default=None, description="first ages in years of age groups 1 and 2, for a regressed age"
+    )
+
+    @property
+    def names(self) -> list[str]:
+        """Return every graph output name in graph order."""
+        return [self.name, *(head.name for head in self.head_outputs)]
 
 
 class GoldenSample(BaseModel):

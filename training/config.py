@@ -76,6 +76,30 @@ class ModelConfig(_Section):
     name: str = Field(default="resnet18", description="any timm model name")
     pretrained: Path | None = Field(default=None, description="local weights file; nothing is downloaded")
     drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    heads: Literal["single", "three"] = Field(
+        default="single",
+        description="single: one head over all classes; three: mask, gender and age heads (dataset mask)",
+    )
+    age_head: Literal["classification", "regression"] = Field(
+        default="classification", description="three heads: 3 age-group logits, or the age in years"
+    )
+    age_loss: Literal["smooth_l1", "mse"] = Field(
+        default="smooth_l1", description="loss of the age regression head, in years or squared years"
+    )
+    head_weights: dict[Literal["mask", "gender", "age"], float] = Field(
+        default_factory=dict, description="three heads: weight of each head's loss in the sum (default 1)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.heads == "single" and (self.age_head != "classification" or self.head_weights):
+            raise ValueError(
+                "model.age_head and model.head_weights apply to model.heads three; "
+                f"got heads {self.heads!r}, age_head {self.age_head!r}, head_weights {self.head_weights}"
+            )
+        if any(weight < 0 for weight in self.head_weights.values()):
+            raise ValueError(f"model.head_weights must not be negative, got {self.head_weights}")
+        return self
 
 
 class OptimizerConfig(_Section):

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from training.distributed import all_reduce_sum
 from training.metrics import EpochMetrics, MetricsResult
+from training.models import class_logits
 
 logger = logging.getLogger(__name__)
 
@@ -233,12 +234,15 @@ def optimizer_step(
 def flip_tta(model: nn.Module, images: torch.Tensor):
     """Return log of the mean softmax over the image and its horizontal flip, as logits.
 
-    ``softmax(log p) = p``, so the result works as logits for both the loss and the metrics.
+    ``softmax(log p) = p``, so the result works as logits for both the loss and the metrics. A
+    regression output ``[N]`` (a value per image, such as an age) is the mean of the two values.
     """
     plain = model(images)
     flipped = model(images.flip(-1))
 
     def average(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if pair[0].ndim == 1:
+            return (pair[0].float() + pair[1].float()) / 2
         stacked = torch.stack([F.log_softmax(pair[0].float(), 1), F.log_softmax(pair[1].float(), 1)])
         return torch.logsumexp(stacked, dim=0) - math.log(2.0)
 
@@ -287,7 +291,10 @@ def evaluate(
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data_loader: DataLoader, device: torch.device) -> torch.Tensor:
-    """Return the logits of every image in loader order."""
+    """Return the class logits of every image in loader order.
+
+    A three-head model's dict becomes its combined class scores (``training.models.class_logits``).
+    """
     model.eval()
-    outputs = [model(images.to(device)).float().cpu() for images, _ in data_loader]
+    outputs = [class_logits(model(images.to(device))).float().cpu() for images, _ in data_loader]
     return torch.cat(outputs)

@@ -3,6 +3,9 @@
 ``--data val`` evaluates the validation split of the checkpoint's own config, the same images the
 run validated on. ``--data PATH`` evaluates every image of a folder-per-class tree. Its class folders
 must be named like the checkpoint's classes, and a subset of them is allowed.
+
+A three-head model is evaluated per head and on the combined class decoded from its heads. It needs
+``--data val``, because only the mask data carries the per-attribute labels.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from training.data import build_data
 from training.data.datasets import ImageDataset, load_folder_samples
 from training.data.transforms import build_eval_transform
 from training.engine import LoopOptions, evaluate
-from training.losses import build_criterion
-from training.metrics import EpochMetrics
+from training.losses import build_criterion, build_heads_criterion
+from training.metrics import build_epoch_metrics
 from training.models import create_model
 from training.reporting import format_metrics_table, plot_confusion_matrix
+from training.trainer import target_mode
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def load_trained_model(path: Path, device: torch.device) -> tuple[nn.Module, Con
     in_chans = 1 if config.data.color_mode == "L" else 3
     # The checkpoint already contains the trained weights, so the pretrained file is not needed.
     model_config = config.model.model_copy(update={"pretrained": None})
-    model = create_model(model_config, len(class_names), in_chans)
+    model = create_model(model_config, len(class_names), in_chans, config.data.age_cutoffs)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, class_names
 
@@ -73,12 +77,17 @@ def folder_dataset(root: Path, config: Config, class_names: list[str]) -> ImageD
 
 def evaluation_dataset(data: str, config: Config, class_names: list[str]) -> ImageDataset:
     if data == VALIDATION_SPLIT:
-        bundle = build_data(config)
+        bundle = build_data(config, target_mode(config))
         if list(bundle.class_names) != class_names:
             raise ValueError(
                 f"the configured data set has classes {bundle.class_names}, the checkpoint {class_names}"
             )
         return bundle.val
+    if config.model.heads != "single":
+        raise ValueError(
+            f"--data {data}: a three-head model needs per-attribute labels; evaluate it with --data "
+            f"{VALIDATION_SPLIT}, the validation split of its mask data"
+        )
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(f"--data must be '{VALIDATION_SPLIT}' or a folder of class folders: {root}")
@@ -105,8 +114,11 @@ def evaluate_checkpoint(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=config.data.num_workers)
     # Unweighted, so that the loss is comparable across checkpoints and data sets.
     loss_config = config.loss.model_copy(update={"class_weights": "none"})
-    criterion = build_criterion(loss_config, len(class_names)).to(device)
-    metrics = EpochMetrics(len(class_names)).to(device)
+    if config.model.heads == "three":
+        criterion = build_heads_criterion(loss_config, config.model).to(device)
+    else:
+        criterion = build_criterion(loss_config, len(class_names)).to(device)
+    metrics = build_epoch_metrics(config.model, len(class_names)).to(device)
     tta = tta or config.train.tta
     scalars, details = evaluate(model, criterion, loader, device, metrics, tta=tta, options=LoopOptions())
 

@@ -11,16 +11,19 @@ head name. Optional combined metrics, under unprefixed names, cover the product 
 classes. The combined class is the mixed-radix number of the head classes in head order, for example
 ``a * 6 + b * 3 + c`` for heads of 3, 2 and 3 classes. Its probability is the product of the head
 probabilities, which assumes the heads are independent.
+
+Regression heads (a tensor ``[N]`` of values, such as the age in years) get the mean absolute error
+and the mean squared error, as ``<head>_mae`` and ``<head>_mse``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -30,10 +33,14 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from training.config import ModelConfig
+from training.data.labels import HEAD_SIZES
+
 Outputs = torch.Tensor | Mapping[str, torch.Tensor]
 
 SCALAR_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "macro_auroc")
 TRAIN_METRICS = ("accuracy", "macro_f1")
+REGRESSION_METRICS = ("mae", "mse")
 COMBINED = ""
 
 
@@ -85,11 +92,24 @@ class EpochMetrics:
 
     ``num_classes`` is an int for one head, or a dict of head name to class count (in head order).
     ``combined`` adds metrics over the joint classes of several heads, under unprefixed names.
+    ``regression`` names further heads whose outputs and targets are values ``[N]``.
     """
 
-    def __init__(self, num_classes: int | Mapping[str, int], full: bool = True, combined: bool = True):
+    def __init__(
+        self,
+        num_classes: int | Mapping[str, int],
+        full: bool = True,
+        combined: bool = True,
+        regression: Sequence[str] = (),
+    ):
         self.full = full
+        self.regression = {
+            name: MetricCollection({"mae": MeanAbsoluteError(), "mse": MeanSquaredError()})
+            for name in regression
+        }
         if isinstance(num_classes, int):
+            if regression:
+                raise ValueError(f"regression heads {list(regression)} need a dict of classification heads")
             self.heads = None
             self.collections = {COMBINED: build_collection(num_classes, full)}
             return
@@ -104,15 +124,16 @@ class EpochMetrics:
         """Return the scalar metric names ``compute()`` produces, 'loss' excluded."""
         scalar_names = SCALAR_METRICS if self.full else TRAIN_METRICS
         prefixes = [name + "_" if name else "" for name in self.collections]
-        return [prefix + metric for prefix in prefixes for metric in scalar_names]
+        names = [prefix + metric for prefix in prefixes for metric in scalar_names]
+        return names + [f"{head}_{metric}" for head in self.regression for metric in REGRESSION_METRICS]
 
     def to(self, device: torch.device) -> EpochMetrics:
-        for collection in self.collections.values():
+        for collection in [*self.collections.values(), *self.regression.values()]:
             collection.to(device)
         return self
 
     def reset(self) -> None:
-        for collection in self.collections.values():
+        for collection in [*self.collections.values(), *self.regression.values()]:
             collection.reset()
 
     @torch.no_grad()
@@ -122,7 +143,9 @@ class EpochMetrics:
                 raise ValueError(f"a single-head model must return a tensor, got {type(logits).__name__}")
             self.collections[COMBINED].update(logits.float().softmax(dim=1), targets)
             return
-        missing = [name for name in self.heads if name not in logits or name not in targets]
+        missing = [
+            name for name in [*self.heads, *self.regression] if name not in logits or name not in targets
+        ]
         if missing:
             raise ValueError(f"logits or targets lack heads {missing}; expected heads {list(self.heads)}")
         probabilities = {name: logits[name].float().softmax(dim=1) for name in self.heads}
@@ -132,6 +155,8 @@ class EpochMetrics:
             joint = combine_probabilities([probabilities[name] for name in self.heads])
             joint_targets = combine_targets([targets[name] for name in self.heads], list(self.heads.values()))
             self.collections[COMBINED].update(joint, joint_targets)
+        for name, collection in self.regression.items():
+            collection.update(logits[name].float(), targets[name].float())
 
     def compute(self) -> MetricsResult:
         result = MetricsResult()
@@ -145,4 +170,19 @@ class EpochMetrics:
                     result.confusion_matrices[head] = value.long().tolist()
                 else:
                     result.scalars[prefix + name] = float(value)
+        for head, collection in self.regression.items():
+            result.scalars |= {f"{head}_{name}": float(value) for name, value in collection.compute().items()}
         return result
+
+
+def build_epoch_metrics(model: ModelConfig, num_classes: int, full: bool = True) -> EpochMetrics:
+    """Create the metrics of the configured model: one head, or three heads with the combined class.
+
+    Three heads get metrics for ``mask``, ``gender``, ``age_group`` and the combined 0..17 class. With
+    a regressed age, ``age_group`` is the group that age maps to, and ``age_mae`` and ``age_mse``
+    (in years and squared years) are added.
+    """
+    if model.heads == "single":
+        return EpochMetrics(num_classes, full)
+    regression = ("age",) if model.age_head == "regression" else ()
+    return EpochMetrics(dict(HEAD_SIZES), full, regression=regression)

@@ -75,13 +75,16 @@ def attach_log_file(run_dir: Path) -> logging.Handler:
 
 
 def monitor_direction(monitor: str, metrics: EpochMetrics) -> float:
-    """Return +1 when a larger ``monitor`` is better, -1 for 'loss'; raise for an unknown name."""
+    """Return +1 when a larger ``monitor`` is better, -1 for 'loss' and errors such as 'age_mae'.
+
+    Raise ConfigError for a name that is not a validation metric.
+    """
     allowed = ["loss", *metrics.names()]
     if monitor not in allowed:
         raise ConfigError(
             f"train.monitor {monitor!r} is not a validation metric; allowed: {', '.join(allowed)}"
         )
-    return -1.0 if monitor.endswith("loss") else 1.0
+    return -1.0 if monitor.endswith(("loss", "_mae", "_mse")) else 1.0
 
 
 def metrics_row(

@@ -13,8 +13,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from training.config import Config
-from training.data import build_data
+from training.config import Config, ConfigError
+from training.data import DataBundle, build_data
+from training.data.datasets import TargetMode
 from training.distributed import (
     DistributedContext,
     ShardSampler,
@@ -22,9 +23,9 @@ from training.distributed import (
     class_balanced_weights,
 )
 from training.engine import LoopOptions
-from training.losses import build_criterion, resolve_class_weights
-from training.metrics import EpochMetrics
-from training.models import create_model
+from training.losses import build_criterion, build_heads_criterion, resolve_class_weights
+from training.metrics import EpochMetrics, build_epoch_metrics
+from training.models import ThreeHeadModel, create_model
 from training.optim import create_optimizer, create_scheduler, scheduler_interval
 
 logger = logging.getLogger(__name__)
@@ -106,10 +107,36 @@ class Trainer:
     val_options: LoopOptions
 
 
+def target_mode(config: Config) -> TargetMode:
+    """Return the data targets the model trains on; three heads need the mask data's attribute labels."""
+    if config.model.heads == "single":
+        return "class"
+    if config.data.dataset != "mask":
+        raise ConfigError(
+            f"model.heads three needs per-attribute labels, which only data.dataset mask has; got "
+            f"data.dataset {config.data.dataset!r}. Set data.dataset=mask or model.heads=single"
+        )
+    return "heads"
+
+
+def build_train_criterion(config: Config, data: DataBundle, num_classes: int) -> nn.Module:
+    """Create the loss of the configured model, with class weights from the training split."""
+    if config.model.heads == "three":
+        head_targets = {
+            name: [getattr(sample.labels, name) for sample in data.train.samples]
+            for name in ("mask", "gender", "age_group")
+        }
+        return build_heads_criterion(config.loss, config.model, head_targets)
+    class_weights = resolve_class_weights(config.loss, num_classes, data.train.targets)
+    if class_weights is not None:
+        logger.info("class weights: %s", [round(w, 4) for w in class_weights.tolist()])
+    return build_criterion(config.loss, num_classes, class_weights)
+
+
 def build_model(config: Config, num_classes: int, device: torch.device) -> tuple[nn.Module, bool]:
     """Return the model on ``device`` and whether it uses channels_last."""
     in_chans = 1 if config.data.color_mode == "L" else 3
-    model = create_model(config.model, num_classes, in_chans).to(device)
+    model = create_model(config.model, num_classes, in_chans, config.data.age_cutoffs).to(device)
     channels_last = config.train.channels_last and device.type == "cuda"
     if config.train.channels_last and not channels_last:
         logger.info("train.channels_last applies to CUDA only; training on %s keeps NCHW", device)
@@ -119,7 +146,7 @@ def build_model(config: Config, num_classes: int, device: torch.device) -> tuple
 
 
 def build_trainer(config: Config, context: DistributedContext, device: torch.device) -> Trainer:
-    data = build_data(config)
+    data = build_data(config, target_mode(config))
     num_classes = len(data.class_names)
     logger.info(
         "%d train / %d val images, %d classes, device %s, %d process(es)",
@@ -127,15 +154,14 @@ def build_trainer(config: Config, context: DistributedContext, device: torch.dev
     )
     train_loader, val_loader = build_loaders(config, data, context, device)
     module, channels_last = build_model(config, num_classes, device)
+    if isinstance(module, ThreeHeadModel) and module.regression:
+        module.init_age_bias(sum(sample.labels.age for sample in data.train.samples) / len(data.train))
     model = module
     if context.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         model = DistributedDataParallel(module, device_ids=device_ids)
 
-    class_weights = resolve_class_weights(config.loss, num_classes, data.train.targets)
-    if class_weights is not None:
-        logger.info("class weights: %s", [round(w, 4) for w in class_weights.tolist()])
-    criterion = build_criterion(config.loss, num_classes, class_weights).to(device)
+    criterion = build_train_criterion(config, data, num_classes).to(device)
     optimizer = create_optimizer(module.parameters(), config.optimizer)
     train_cfg = config.train
     micro_batches = (
@@ -171,8 +197,8 @@ def build_trainer(config: Config, context: DistributedContext, device: torch.dev
         scaler=scaler,
         train_loader=train_loader,
         val_loader=val_loader,
-        train_metrics=EpochMetrics(num_classes, full=False).to(device),
-        val_metrics=EpochMetrics(num_classes).to(device),
+        train_metrics=build_epoch_metrics(config.model, num_classes, full=False).to(device),
+        val_metrics=build_epoch_metrics(config.model, num_classes).to(device),
         options=options,
         val_options=LoopOptions(
             amp_dtype=amp_dtype, channels_last=channels_last, limit_batches=train_cfg.limit_val_batches

@@ -3,11 +3,11 @@
 from training.export.pipeline import (
     ExportError,
     ExportOptions,
-    UInt8Input,
     export,
     load_model_from_checkpoint,
     sample_images,
 )
+from training.export.wrappers import UInt8Input
 
 __all__ = [
     "ExportError",

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import json
 
-from serving.manifest import Manifest
+from serving.manifest import Manifest, OutputContract
+
+
+def heads_lines(output: OutputContract) -> list[str]:
+    """Return the model card lines that list the graph outputs."""
+    if output.heads == "single":
+        return [f"- Heads: one classification head (`{output.name}` over all classes)"]
+    lines = [f"- Heads: three; `{output.name}` `[batch, num_classes]` combines them: {output.combination}"]
+    for head in output.head_outputs:
+        detail = ", ".join(head.class_names) if head.kind == "logits" else head.unit
+        lines.append(f"  - `{head.name}` {head.shape}: {head.head} {head.kind} ({detail})")
+    if output.age_cutoffs is not None:
+        lines.append(f"  - age cut-offs: {output.age_cutoffs} years")
+    return lines
 
 
 def render_model_card(manifest: Manifest, config: dict) -> str:
@@ -13,7 +26,7 @@ def render_model_card(manifest: Manifest, config: dict) -> str:
         "",
         f"- Architecture: timm `{manifest.architecture}`",
         f"- Classes ({manifest.num_classes}): {', '.join(manifest.class_names)}",
-        "- Heads: one classification head (logits over all classes)",
+        *heads_lines(manifest.output),
         f"- Input: `{manifest.input.format}` {manifest.input.height}x{manifest.input.width} "
         f"{manifest.input.color_mode}, resize `{manifest.input.resize}` ({manifest.input.interpolation}), "
         f"mean {manifest.input.mean}, std {manifest.input.std}",

@@ -20,13 +20,23 @@ OnnxExporter = Literal["dynamo", "torchscript"]
 MAX_EXPORT_BATCH = 4096
 
 
-def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, exporter: OnnxExporter) -> None:
+def export_onnx(
+    wrapper: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    exporter: OnnxExporter,
+    output_names: list[str] | None = None,
+) -> None:
     """Export with a dynamic batch axis and check the file with ``onnx.checker``.
 
     ``dynamo`` is the torch.export-based exporter; ``torchscript`` is the older exporter that traces
-    the model with TorchScript. Both take the same input name, ``images``, and output ``logits``.
+    the model with TorchScript. Both take the same input name, ``images``. The outputs are named
+    ``output_names`` in the order the wrapper returns them (default: ``logits`` alone), and every
+    output has the batch as its first axis.
     """
     import onnx
+
+    output_names = output_names or ["logits"]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -37,7 +47,7 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, exporter:
                 (example,),
                 str(path),
                 input_names=["images"],
-                output_names=["logits"],
+                output_names=output_names,
                 opset_version=ONNX_OPSET,
                 dynamo=True,
                 dynamic_shapes={"images": {0: batch}},
@@ -50,10 +60,10 @@ def export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, exporter:
                 (example,),
                 str(path),
                 input_names=["images"],
-                output_names=["logits"],
+                output_names=output_names,
                 opset_version=ONNX_OPSET,
                 dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             )
         else:
             raise ValueError(f"unknown ONNX exporter {exporter!r}; allowed: dynamo, torchscript")

@@ -4,6 +4,9 @@ By default the exported graph takes uint8 pixels ``[N, H, W, C]`` (already decod
 ``serving.preprocess``) and does the conversion to float, the normalization and the transpose to NCHW
 itself, so the service needs no torch and sends a quarter of the bytes of float32 input.
 
+A three-head model keeps the same input and the same first output, ``logits`` ``[N, 18]``, and adds
+one graph output per head (see ``training.export.wrappers.HeadOutputs``). Parity covers every output.
+
 Every artifact is written to a temporary folder beside the version folder and moved into place only
 after the parity checks pass, so a failed export leaves no half-written folder behind.
 """
@@ -35,9 +38,9 @@ from training.data.transforms import image_spec
 from training.export.golden import write_golden
 from training.export.model_card import render_model_card
 from training.export.onnx_export import ONNX_OPSET, OnnxExporter, convert_fp16, export_onnx, quantize_int8
-from training.export.parity import Engine, failures, measure_parity, run_batched
+from training.export.parity import Engine, failures, first_output, measure_parity, run_batched
 from training.export.torchscript_export import TracerWarningError, export_torchscript
-from training.export.wrappers import UInt8Input
+from training.export.wrappers import export_module, output_contract, output_names
 from training.models import create_model
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ def load_model_from_checkpoint(path: Path) -> tuple[nn.Module, Config, list[str]
     config = Config.model_validate(state["config"])
     class_names = list(state["class_names"])
     in_chans = 1 if config.data.color_mode == "L" else 3
-    model = create_model(config.model.model_copy(update={"pretrained": None}), len(class_names), in_chans)
+    model_config = config.model.model_copy(update={"pretrained": None})
+    model = create_model(model_config, len(class_names), in_chans, config.data.age_cutoffs)
     model.load_state_dict(state["model"])
     model.eval()
     return model, config, class_names, state
@@ -97,10 +101,16 @@ def next_version(root: Path) -> str:
     return str(max(existing, default=0) + 1)
 
 
-def torch_engine(module: nn.Module, contract: InputContract) -> Engine:
-    def run(images: np.ndarray) -> np.ndarray:
+def torch_engine(module: nn.Module, contract: InputContract, names: list[str]) -> Engine:
+    """Wrap an eager or TorchScript module that returns a tensor, or a tuple of tensors named ``names``."""
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            return module(torch.from_numpy(to_input_batch(images, contract))).numpy()
+            outputs = module(torch.from_numpy(to_input_batch(images, contract)))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        if len(outputs) != len(names):
+            raise ValueError(f"the module returned {len(outputs)} outputs, expected {len(names)}: {names}")
+        return {name: output.numpy() for name, output in zip(names, outputs, strict=True)}
 
     return run
 
@@ -109,11 +119,17 @@ def onnx_engine(path: Path, contract: InputContract) -> Engine:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
 
-    def run(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {"images": to_input_batch(images, contract)})[0]
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = session.run(names, {"images": to_input_batch(images, contract)})
+        return dict(zip(names, outputs, strict=True))
 
     return run
+
+
+def batched_logits(engine: Engine, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return first_output(lambda batch: run_batched(engine, batch, batch_size))(images)
 
 
 def classification_metrics(logits: np.ndarray, targets: list[int]) -> dict[str, float]:
@@ -149,6 +165,7 @@ def export_onnx_with_parity(
     reference: Engine,
     contract: InputContract,
     images: np.ndarray,
+    names: list[str],
 ) -> tuple[str, str]:
     """Export ONNX with the chosen exporter, or in ``auto`` mode the first one that passes parity.
 
@@ -160,7 +177,7 @@ def export_onnx_with_parity(
     notes = []
     for exporter in candidates:
         try:
-            export_onnx(wrapper, example, path, exporter)
+            export_onnx(wrapper, example, path, exporter, names)
             report = measure_parity(reference, {"onnx": onnx_engine(path, contract)}, images)
         except Exception as exc:  # any exporter failure moves on to the next exporter in auto mode
             notes.append(f"{exporter} exporter failed: {type(exc).__name__}: {str(exc)[:300]}")
@@ -185,7 +202,7 @@ def build_variants(
 ) -> dict[str, Variant]:
     variants: dict[str, Variant] = {}
     fp32_metrics = classification_metrics(
-        run_batched(onnx_engine(staging / "model.onnx", contract), eval_images, 32), eval_targets
+        batched_logits(onnx_engine(staging / "model.onnx", contract), eval_images), eval_targets
     )
     if options.fp16:
         convert_fp16(staging / "model.onnx", staging / "model.fp16.onnx")
@@ -196,7 +213,7 @@ def build_variants(
                 f"parity check failed for model.fp16.onnx: max absolute probability difference "
                 f"{report['fp16_probs_max_abs']:.3g} over the fp16 tolerance {options.fp16_tolerance:g}"
             )
-        metrics = classification_metrics(run_batched(engine, eval_images, 32), eval_targets)
+        metrics = classification_metrics(batched_logits(engine, eval_images), eval_targets)
         variants["fp16"] = Variant(
             file="model.fp16.onnx",
             precision="fp16",
@@ -212,7 +229,7 @@ def build_variants(
         quantize_int8(staging / "model.onnx", staging / "model.int8.onnx", images)
         engine = onnx_engine(staging / "model.int8.onnx", contract)
         report = measure_parity(reference, {"int8": engine}, images)
-        metrics = classification_metrics(run_batched(engine, eval_images, 32), eval_targets)
+        metrics = classification_metrics(batched_logits(engine, eval_images), eval_targets)
         f1_loss = fp32_metrics["macro_f1"] - metrics["macro_f1"]
         if f1_loss > INT8_MAX_F1_LOSS:
             logger.warning("int8 loses %.2f points of macro F1 against fp32", 100 * f1_loss)
@@ -244,11 +261,8 @@ def export(checkpoint: Path, out: Path, options: ExportOptions | None = None, **
         mean=config.data.mean,
         std=config.data.std,
     )
-    wrapper = (
-        UInt8Input(model, config.data.mean, config.data.std)
-        if options.input_format == "uint8_nhwc"
-        else model
-    ).eval()
+    wrapper = export_module(model, options.input_format, config.data.mean, config.data.std)
+    names = output_names(model)
     spec = image_spec(config.data)
     samples = validation_samples(config, max(options.parity_images, options.eval_images))
     eval_images = np.stack([to_array(sample.load(), spec) for sample in samples])
@@ -256,7 +270,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions | None = None, **
     images = eval_images[: options.parity_images]
     # At least two rows, so the exporter cannot specialize the batch axis to 1.
     example = torch.from_numpy(to_input_batch(images[:2], contract))
-    reference = torch_engine(wrapper, contract)
+    reference = torch_engine(wrapper, contract, names)
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -270,7 +284,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions | None = None, **
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
     try:
         exporter, exporter_notes = export_onnx_with_parity(
-            wrapper, example, staging / "model.onnx", options, reference, contract, images
+            wrapper, example, staging / "model.onnx", options, reference, contract, images, names
         )
         try:
             method = export_torchscript(wrapper, example, staging / "model.pt", options.allow_tracer_warnings)
@@ -278,19 +292,22 @@ def export(checkpoint: Path, out: Path, options: ExportOptions | None = None, **
             raise ExportError(f"TorchScript export of {final / 'model.pt'} failed: {exc}") from exc
         engines = {
             "onnx": onnx_engine(staging / "model.onnx", contract),
-            "torchscript": torch_engine(torch.jit.load(str(staging / "model.pt")), contract),
+            "torchscript": torch_engine(torch.jit.load(str(staging / "model.pt")), contract, names),
         }
         parity = measure_parity(reference, engines, images)
         over = failures(parity, options.tolerance)
         if over:
             details = ", ".join(f"{name} {diff:.3g}" for name, diff in over.items())
             raise ExportError(
-                f"parity check failed for {final}: max absolute logit difference over "
+                f"parity check failed for {final}: max absolute output difference over "
                 f"{options.tolerance:g}: {details}"
             )
         variants = build_variants(staging, options, contract, reference, images, eval_images, eval_targets)
         golden = write_golden(
-            samples[: options.golden_count], staging, engines["onnx"], lambda path: load_array(path, spec)
+            samples[: options.golden_count],
+            staging,
+            first_output(engines["onnx"]),
+            lambda path: load_array(path, spec),
         )
         artifact_names = [
             "model.onnx",
@@ -305,6 +322,7 @@ def export(checkpoint: Path, out: Path, options: ExportOptions | None = None, **
             architecture=config.model.name,
             class_names=class_names,
             input=contract,
+            output=output_contract(model, class_names, config.data.age_cutoffs),
             opset=ONNX_OPSET,
             exporter=exporter,
             exporter_notes=exporter_notes,

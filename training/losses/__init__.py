@@ -7,20 +7,22 @@ is then divided by the sum of those weights, as ``torch.nn.CrossEntropyLoss(weig
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from training.config import LossConfig
+from training.config import LossConfig, ModelConfig
+from training.data.labels import HEAD_SIZES
 from training.losses.cross_entropy import CrossEntropyLoss
 from training.losses.focal import FocalLoss
 from training.losses.label_smoothing import LabelSmoothingLoss, smooth_targets
-from training.losses.multi_head import SummedHeadLoss
+from training.losses.multi_head import AgeRegressionLoss, SummedHeadLoss
 from training.losses.soft_f1 import SoftF1Loss
 from training.losses.weights import balanced_class_weights
 
 __all__ = [
+    "AgeRegressionLoss",
     "CrossEntropyLoss",
     "FocalLoss",
     "LabelSmoothingLoss",
@@ -28,6 +30,7 @@ __all__ = [
     "SummedHeadLoss",
     "balanced_class_weights",
     "build_criterion",
+    "build_heads_criterion",
     "resolve_class_weights",
     "smooth_targets",
 ]
@@ -64,3 +67,36 @@ def build_criterion(
     raise ValueError(
         f"unknown loss.name {config.name!r}; allowed: cross_entropy, focal, label_smoothing, soft_f1"
     )
+
+
+def build_heads_criterion(
+    loss: LossConfig,
+    model: ModelConfig,
+    head_targets: Mapping[str, Sequence[int]] | None = None,
+) -> SummedHeadLoss:
+    """Create the summed loss of a three-head model: ``loss`` for each classification head.
+
+    The age head is a classification head (``age_group``) or, with ``model.age_head: regression``,
+    an ``AgeRegressionLoss`` on ``age``. ``loss.class_weights: balanced`` weights every
+    classification head by its own label counts in ``head_targets`` (training labels by head name).
+    ``model.head_weights`` scales each head's loss; its ``age`` key applies to either age head.
+    """
+    if isinstance(loss.class_weights, list):
+        raise ValueError(
+            f"loss.class_weights as a list ({len(loss.class_weights)} values) has no meaning for three "
+            "heads of 3, 2 and 3 classes; use 'balanced' or 'none'"
+        )
+    age_name = "age" if model.age_head == "regression" else "age_group"
+    criteria: dict[str, nn.Module] = {}
+    for name in ("mask", "gender", "age_group"):
+        if name == "age_group" and model.age_head == "regression":
+            criteria["age"] = AgeRegressionLoss(model.age_loss)
+            continue
+        weights = None
+        if loss.class_weights == "balanced":
+            if head_targets is None or name not in head_targets:
+                raise ValueError(f"loss.class_weights balanced needs the training labels of head {name!r}")
+            weights = balanced_class_weights(head_targets[name], HEAD_SIZES[name])
+        criteria[name] = build_criterion(loss, HEAD_SIZES[name], weights)
+    head_weights = {age_name if key == "age" else key: value for key, value in model.head_weights.items()}
+    return SummedHeadLoss(criteria, head_weights)
