@@ -1,6 +1,7 @@
 """Client errors of the HTTP API, their JSON body, and rate-limited logging of rejections.
 
-Every error body has the shape ``{"error": {"code", "message", "item"}}`` (``serving.schemas``).
+Every error body has the shape ``{"error": {"code", "message", "item"}}`` (``serving.schemas``),
+except under ``/v2``, where the Open Inference Protocol fixes it as ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from serving.schemas import ErrorDetail, ErrorResponse
 
 # Seconds between two log lines for rejections with the same code; repeats in between are counted.
 REJECTION_LOG_INTERVAL_S = 10.0
+OIP_PREFIX = "/v2"
+
+
+def is_oip_path(path: str) -> bool:
+    """Return whether ``path`` belongs to the Open Inference Protocol routes."""
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
 
 
 class ClientError(Exception):
@@ -39,6 +46,22 @@ def error_response(status: int, code: str, message: str, item: str | None = None
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+def oip_error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def route_error_response(
+    path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Build an error response in the shape of the route's protocol: OIP under ``/v2``, else ours."""
+    if is_oip_path(path):
+        response = oip_error_response(status, message)
+    else:
+        response = error_response(status, code, message)
+    response.headers.update(headers or {})
+    return response
+
+
 @dataclass
 class _CodeState:
     logged_at: float
@@ -57,8 +80,10 @@ class RejectionLog:
         logger: logging.Logger,
         interval_s: float = REJECTION_LOG_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        level: int = logging.INFO,
     ):
         self.logger = logger
+        self.level = level
         self.interval_s = interval_s
         self.clock = clock
         self.counts: dict[str, int] = {}
@@ -84,7 +109,8 @@ class RejectionLog:
             if suppressed
             else ""
         )
-        self.logger.info(
+        self.logger.log(
+            self.level,
             "rejected request: %d %s: %s (item %r)%s",
             error.status,
             error.code,
@@ -110,12 +136,16 @@ _STATUS_CODES = {
 }
 
 
-def _is_error_shape(body: bytes) -> bool:
+def _is_error_shape(body: bytes, oip: bool = False) -> bool:
     try:
         payload = json.loads(body)
     except ValueError:
         return False
-    return isinstance(payload, dict) and isinstance(payload.get("error"), dict) and "code" in payload["error"]
+    if not isinstance(payload, dict):
+        return False
+    if oip:
+        return isinstance(payload.get("error"), str)
+    return isinstance(payload.get("error"), dict) and "code" in payload["error"]
 
 
 def _message_of(body: bytes) -> str:
@@ -139,6 +169,7 @@ class JSONErrorMiddleware:
 
     A response with status 400 or more that is not in that shape yet is rewritten. Such responses
     are Starlette's plain-text 404 and 405, BentoML's ``{"error": "..."}`` and its ``/readyz`` 503.
+    Under ``/v2`` the target shape is the Open Inference Protocol's ``{"error": "<message>"}``.
     Other responses stream through untouched. ``not_ready_reason`` supplies the message of a ``/readyz``
     503, so a client sees why the process is not ready.
     """
@@ -169,15 +200,17 @@ class JSONErrorMiddleware:
 
     async def _send_error(self, scope, start: dict, body: bytes, send) -> None:
         status = start["status"]
-        if _is_error_shape(body):
+        path = scope.get("path", "")
+        oip = is_oip_path(path)
+        if _is_error_shape(body, oip):
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
         message = _message_of(body) or f"HTTP {status}"
         code = _STATUS_CODES.get(status, "error")
-        if scope.get("path", "").endswith("/readyz") and status == 503 and self.not_ready_reason is not None:
+        if path.endswith("/readyz") and status == 503 and self.not_ready_reason is not None:
             code, message = "not_ready", self.not_ready_reason() or message
-        response = error_response(status, code, message)
+        response = oip_error_response(status, message) if oip else error_response(status, code, message)
         headers = [
             (name, value)
             for name, value in start.get("headers", [])
@@ -189,3 +222,11 @@ class JSONErrorMiddleware:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
+
+
+class ModelOverloadedError(Exception):
+    """The model process declined a batch it predicted would miss ``MAX_LATENCY_MS`` (BentoML's 503)."""
+
+
+class RequestTimedOutError(Exception):
+    """A request passed its deadline (``REQUEST_TIMEOUT_S``) before its work finished."""

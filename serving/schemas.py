@@ -80,6 +80,25 @@ class LimitsInfo(BaseModel):
     max_pixels: int = Field(description="pixels per image")
 
 
+class AdmissionInfo(BaseModel):
+    max_concurrent_requests: int = Field(description="inference requests in flight per API worker")
+    max_queued_requests: int = Field(description="inference requests waiting for a slot; past it, 429")
+    request_timeout_s: float = Field(description="seconds from arrival to response before a 504")
+    retry_after_s: int = Field(description="Retry-After of a 429, in seconds")
+
+
+class ExecutionInfo(BaseModel):
+    backend: str = Field(description="onnx or torchscript")
+    providers: list[str] = Field(description="execution providers in use, in priority order")
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = None
+    graph_optimization: str | None = None
+    io_binding: bool | None = None
+    device_id: int | None = Field(default=None, description="GPU index, when on a GPU")
+    cudnn_conv_algo_search: str | None = None
+    torch: str | None = Field(default=None, description="torch version of the torchscript backend")
+
+
 class ModelInfo(BaseModel):
     """Response of ``GET /model``."""
 
@@ -89,5 +108,9 @@ class ModelInfo(BaseModel):
     classes: list[str] = Field(description="class names, indexed by class_id")
     input: InputInfo
     execution_providers: list[str] = Field(description="onnxruntime execution providers in use, in order")
+    execution: ExecutionInfo | None = Field(
+        default=None, description="None until the model process is loaded"
+    )
     batching: BatchingInfo
     limits: LimitsInfo
+    admission: AdmissionInfo
