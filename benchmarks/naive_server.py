@@ -2,7 +2,7 @@
 
     python benchmarks/naive_server.py --checkpoint CKPT --port 8001
 
-It answers ``POST /predict`` with the same multipart field and response shape as the real service,
+It serves ``POST /predict`` with the same multipart field and response shape as the real service,
 so the same locust file drives both. No batching, no ONNX, no worker tuning: that is the point.
 """
 

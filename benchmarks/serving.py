@@ -190,6 +190,7 @@ def main() -> int:
         "--naive-users", default="1,32", help="user counts for the naive server (default: 1,32)"
     )
     parser.add_argument("--skip-naive", action="store_true", help="do not run the naive baseline")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md unchanged")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     users = [int(n) for n in args.users.split(",")]
@@ -224,11 +225,13 @@ def main() -> int:
             levels += run_naive(
                 checkpoint, [int(n) for n in args.naive_users.split(",")], args.seconds, workdir
             )
-        plot(levels, REPO / "benchmarks" / "serving_latency.png")
+        if not args.no_write:
+            plot(levels, REPO / "benchmarks" / "serving_latency.png")
 
     section = render(levels, ceiling, batch1_ms, saturation, args)
     print(section)
-    write_section(REPO / "BENCHMARKS.md", SECTION, section)
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", SECTION, section)
     return 0
 
 

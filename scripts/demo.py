@@ -36,7 +36,7 @@ FILES_PER_REQUEST = 8
 
 
 class DemoError(RuntimeError):
-    """Raised when a stage of the demo fails; the message says which and why."""
+    """Raised when a stage of the demo fails; the message names the stage and the reason."""
 
 
 def run_stage(name: str, command: list[str]) -> str:
@@ -76,8 +76,9 @@ def post_all(url: str, paths: list[Path]) -> list[int]:
             raise DemoError(f"POST /predict returned {response.status_code}: {response.text[:300]}")
         predictions = response.json()["predictions"]
         names = [p["file"] for p in predictions]
-        if names != [p.name for p in chunk]:
-            raise DemoError(f"the service answered for {names}, expected {[p.name for p in chunk]}")
+        expected = [p.name for p in chunk]
+        if names != expected:
+            raise DemoError(f"the service returned predictions for {names}, expected {expected}")
         return [p["class_id"] for p in predictions]
 
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -10,8 +10,8 @@ or through ``python -m serving.loadtest``, which adds latency and error limits. 
 Environment variables:
 - ``LOAD_IMAGES``: a folder whose .png/.jpg/.jpeg files are posted (default: scikit-learn's embedded
   digits, encoded as PNG in memory).
-- ``LOAD_RATE``: requests per second per user, for an open-loop rate (each user waits so that it
-  starts requests at that rate, as long as responses keep up); default: back-to-back requests.
+- ``LOAD_RATE``: requests per second per user, for an open-loop rate. Each user waits between
+  requests so that it keeps that rate while responses keep up. Default: back-to-back requests.
 - ``LOAD_SHAPE=step``: ramp in steps instead of a fixed user count: ``LOAD_STEP_USERS`` more users
   (default 4) every ``LOAD_STEP_SECONDS`` (default 10) up to ``LOAD_MAX_USERS`` (default 32), then
   stop after ``LOAD_TIME_LIMIT`` seconds (default 120).
