@@ -132,7 +132,8 @@ def main() -> int:
         SECTION,
         "",
         f"{machine_line()} {args.threads} threads per engine.",
-        f"Command: `python benchmarks/engines.py --threads {args.threads} --seconds {args.seconds:g}`",
+        f"Command: `python benchmarks/engines.py --threads {args.threads} --seconds {args.seconds:g}"
+        + (f" --checkpoint {args.checkpoint}`" if args.checkpoint else "`"),
         "",
     ]
     for label, rows, int8 in results:

@@ -63,11 +63,11 @@ def test_gate_error_rate_limit_allows_errors(service, tmp_path):
 
 
 def test_stats_count_429_apart(tmp_path):
-    header = "Type,Name,Request Count,Failure Count,Requests/s,50%,95%,99%\n"
+    header = "Type,Name,Request Count,Failure Count,Requests/s,Failures/s,50%,95%,99%\n"
     rows = [
-        "POST,/predict,90,2,9.0,10,20,30\n",
-        "POST,/predict 429,10,0,1.0,1,2,3\n",
-        ",Aggregated,100,2,10.0,9,19,29\n",
+        "POST,/predict,90,2,9.0,0.2,10,20,30\n",
+        "POST,/predict 429,10,0,1.0,0.0,1,2,3\n",
+        ",Aggregated,100,2,10.0,0.2,9,19,29\n",
     ]
     path = tmp_path / "stats.csv"
     path.write_text(header + "".join(rows))
@@ -75,7 +75,8 @@ def test_stats_count_429_apart(tmp_path):
     assert result.requests == 100
     assert result.rejected == 10
     assert result.failures == 2
-    assert result.p95_ms == 19.0
+    assert result.p95_ms == 20.0
+    assert result.goodput_per_second == pytest.approx(8.8)
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,17 @@ or through ``python -m serving.loadtest``, which adds latency and error limits. 
 Environment variables:
 - ``LOAD_IMAGES``: a folder whose .png/.jpg/.jpeg files are posted (default: scikit-learn's embedded
   digits, encoded as PNG in memory).
-- ``LOAD_RATE``: requests per second per user, for an open-loop rate. Each user waits between
-  requests so that it keeps that rate while responses keep up. Default: back-to-back requests.
+- ``LOAD_RATE``: requests per second per user. Each user waits an exponentially distributed gap
+  after each response, so arrivals are Poisson-like; the rate is reached while responses are short
+  next to the gaps. Default: back-to-back requests.
 - ``LOAD_SHAPE=step``: ramp in steps instead of a fixed user count: ``LOAD_STEP_USERS`` more users
   (default 4) every ``LOAD_STEP_SECONDS`` (default 10) up to ``LOAD_MAX_USERS`` (default 32), then
   stop after ``LOAD_TIME_LIMIT`` seconds (default 120).
 
 Every response is checked: status, JSON schema, one prediction per image, the label in the model's
 class list (read from ``GET /model`` when the service has it). A 429 is recorded under its own name,
-``/predict 429``, so rejections by admission control are counted apart from failures.
+``/predict 429``, so rejections by admission control are counted apart from failures, and the user
+waits for its Retry-After (at most 5 s) before the next request, as a well-behaved client does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import random
 from pathlib import Path
 
-from locust import HttpUser, LoadTestShape, between, constant_throughput, events, task
+from locust import HttpUser, LoadTestShape, events, task
 
 logger = logging.getLogger("locustfile")
 
@@ -84,10 +86,20 @@ def on_test_start(environment, **kwargs) -> None:
 
 
 class ImageClassifierUser(HttpUser):
-    if os.environ.get("LOAD_RATE"):
-        wait_time = constant_throughput(float(os.environ["LOAD_RATE"]))
-    else:
-        wait_time = between(0.0, 0.01)
+    rate = float(os.environ.get("LOAD_RATE", "0"))
+    # Seconds this user waits before its next request after a 429, from the Retry-After header.
+    backoff = 0.0
+
+    def wait_time(self) -> float:
+        if self.backoff:
+            # A well-behaved client honours Retry-After; retrying at once would load the server with
+            # rejections and measure the retry storm instead of the service.
+            delay, self.backoff = self.backoff, 0.0
+            return delay
+        if self.rate:
+            # Exponential gaps give Poisson-like arrivals, so users started together do not fire in sync.
+            return random.expovariate(self.rate)
+        return random.uniform(0.0, 0.01)
 
     @task
     def predict(self) -> None:
@@ -99,6 +111,7 @@ class ImageClassifierUser(HttpUser):
                 # Counted under its own name; not a failure of the service.
                 response.request_meta["name"] = "/predict 429"
                 response.success()
+                self.backoff = retry_after_seconds(response)
                 return
             if response.status_code != 200:
                 response.failure(f"status {response.status_code}: {response.text[:200]}")
@@ -108,6 +121,14 @@ class ImageClassifierUser(HttpUser):
                 response.failure(problem)
             else:
                 response.success()
+
+
+def retry_after_seconds(response, limit: float = 5.0) -> float:
+    """Return the response's Retry-After in seconds, capped at ``limit`` (1 when missing or a date)."""
+    try:
+        return min(limit, max(0.0, float(response.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
 
 
 def check_prediction(response, file_name: str) -> str | None:
