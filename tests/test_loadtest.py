@@ -130,3 +130,17 @@ def test_cli_rejects_remote_host_before_sending(tmp_path):
     assert result.returncode == 2
     assert "not a loopback" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_locustfile_reads_class_list(service):
+    # In a subprocess, because importing locust patches the standard library with gevent.
+    code = (
+        "import sys, types\n"
+        "sys.path.insert(0, 'tests/load')\n"
+        "import locustfile\n"
+        f"locustfile.on_test_start(types.SimpleNamespace(host={service.url!r}))\n"
+        "print(sorted(locustfile.CLASS_NAMES))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str([str(i) for i in range(10)])

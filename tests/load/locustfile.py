@@ -80,7 +80,7 @@ def on_test_start(environment, **kwargs) -> None:
         with urllib.request.urlopen(f"{environment.host}/model", timeout=5) as response:
             import json
 
-            CLASS_NAMES.update(json.load(response).get("class_names", []))
+            CLASS_NAMES.update(json.load(response).get("classes", []))
     except (urllib.error.URLError, ValueError, TimeoutError) as exc:
         logger.warning("GET /model failed (%s); labels are checked for type only", exc)
 
