@@ -51,6 +51,8 @@ def list_images(root: Path) -> list[Path]:
 
 def read_image_ids(info: Path) -> list[str]:
     """Return the ``ImageID`` column of a submission template, in row order."""
+    if not info.is_file():
+        raise FileNotFoundError(f"info file not found: {info}")
     # utf-8-sig drops the byte order mark that spreadsheet programs write.
     with info.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)

@@ -13,15 +13,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from serving.predict import read_image_ids, resolve_image_paths
 from training.data.datasets import IMAGE_SUFFIXES, ImageDataset, Sample
 from training.data.transforms import build_eval_transform
 from training.engine import predict_logits
 from training.export import load_model_from_checkpoint
 
 logger = logging.getLogger(__name__)
-
-# How many missing or invalid image ids an error lists before it only counts.
-MAX_SHOWN = 5
 
 
 def list_images(root: Path) -> list[Path]:
@@ -64,36 +62,6 @@ def write_predictions(checkpoint: Path, images: Path, out: Path, batch_size: int
             relative = path.relative_to(images).as_posix()
             writer.writerow([relative, class_id, class_names[class_id], f"{row[class_id]:.6f}"])
     return out
-
-
-def read_image_ids(info: Path) -> list[str]:
-    """Return the ``ImageID`` column of a submission template, in row order."""
-    if not info.is_file():
-        raise FileNotFoundError(f"info file not found: {info}")
-    # utf-8-sig drops the byte order mark that spreadsheet programs write.
-    with info.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if "ImageID" not in (reader.fieldnames or []):
-            raise ValueError(f"{info} has no ImageID column; expected the header ImageID,ans")
-        image_ids = [(row["ImageID"] or "").strip() for row in reader]
-    if not image_ids:
-        raise ValueError(f"{info} lists no images")
-    return image_ids
-
-
-def resolve_image_paths(image_ids: list[str], images: Path) -> list[Path]:
-    """Map each id to ``images/<id>``; raise with the first offenders when any is invalid or missing."""
-    invalid = [i for i in image_ids if not i or Path(i).is_absolute() or ".." in Path(i).parts]
-    if invalid:
-        raise ValueError(f"{len(invalid)} ImageID values are empty or leave {images}: {invalid[:MAX_SHOWN]}")
-    paths = [images / image_id for image_id in image_ids]
-    missing = [i for i, path in zip(image_ids, paths, strict=True) if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(paths)} images listed in the info file are not in {images}; "
-            f"first: {missing[:MAX_SHOWN]}"
-        )
-    return paths
 
 
 def write_submission(
