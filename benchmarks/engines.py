@@ -111,7 +111,7 @@ def main() -> int:
         cases = [("digits resnet18 32px L, 10 classes", digits)]
         if not args.skip_resnet224:
             # NOTE: the 224 px model is calibrated and scored on the digits upsampled to 224 px, because
-            # no face data ships with the project. Its int8 metrics say little; its speed is the point.
+            # no face data ships with the project. Its int8 metrics mean little; its speed is the point.
             cases.append(
                 ("resnet18 224px RGB, 18 classes", make_checkpoint("resnet18", 224, 18, "RGB", workdir))
             )

@@ -5,7 +5,7 @@
 #
 # Prints the execution providers onnxruntime offers and the ones a session will request. Then it runs
 # benchmarks/serving.py (the ceiling and our service under locust, without the naive baseline) with
-# short load levels, so the whole run stays under 8 minutes. On a machine without a CUDA device it says so and runs the
+# short load levels, so the whole run stays under 8 minutes. On a machine without a CUDA device it prints that and runs the
 # same steps on the CPU with even shorter levels, so the script itself is checked anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -174,7 +174,7 @@ class OnnxSession:
 
 
 class Postprocessor:
-    """Batch layout before the graph and top-k after it, as the manifest's contract says."""
+    """Batch layout before the graph and top-k after it, as the manifest's contract defines them."""
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest

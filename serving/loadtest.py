@@ -99,7 +99,7 @@ def parse_stats(path: Path) -> LoadResult:
     ]
     goodput = sum(_number(row, "Requests/s") - _number(row, "Failures/s") for row in answered)
     # Latency is read from the one request name that is not a 429, so fast rejections do not hide
-    # slow answers. With several request names, locust's aggregate over all of them is used.
+    # slow responses. With several request names, locust's aggregate over all of them is used.
     latency_row = answered[0] if len(answered) == 1 else aggregated
     return LoadResult(
         requests=int(aggregated["Request Count"]),

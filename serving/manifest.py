@@ -4,7 +4,7 @@ The exporter writes ``manifest.json`` with these models and the service reads it
 a service can load a model with no torch installed. Pydantic validates the file on load.
 
 Exports live in ``exports/<name>/<version>/`` with positive integer versions, as in a Triton model
-repository. A model folder given to the service may be a version folder (it holds
+repository. A model folder given to the service may be a version folder (it contains
 ``manifest.json``) or a model folder, in which case the highest version is used.
 """
 

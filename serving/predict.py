@@ -36,15 +36,15 @@ IMAGE_SUFFIXES = frozenset(
 MAX_SHOWN = 5
 
 
-def list_images(root: Path) -> list[Path]:
-    """List every image file under ``root`` by suffix, in sorted order, skipping hidden files and folders."""
+def list_images(root: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """List the files under ``root`` whose suffix is in ``suffixes``, sorted, hidden ones skipped."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     return sorted(
         path
         for path in root.rglob("*")
         if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
+        and path.suffix.lower() in suffixes
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
     )
 

@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from mask_tree import make_competition_tree
+from mask_tree import TINY_MASK_OVERRIDES, make_competition_tree
 
 from serving.engine import OnnxSession, to_input_batch
 from serving.manifest import Manifest, OutputContract, load_manifest
@@ -15,19 +15,7 @@ from training.export.wrappers import UInt8Input
 from training.models import decode_classes
 from training.train import train
 
-# A few seconds on 2 cores: 84 images of 24x32 at 16x16, one epoch of timm's smallest ResNet.
-TINY_MASK_OVERRIDES = [
-    "model.name=test_resnet",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.device=cpu",
-    "train.log_interval=100",
-    "train.tensorboard=false",
-    "lr_scheduler.warmup_epochs=0",
-    "model.heads=three",
-]
+THREE_HEAD_OVERRIDES = [*TINY_MASK_OVERRIDES, "model.heads=three"]
 HEAD_OUTPUTS = {
     "classification": ["logits", "mask_logits", "gender_logits", "age_logits"],
     "regression": ["logits", "mask_logits", "gender_logits", "age"],
@@ -43,7 +31,7 @@ def heads_export(request, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     overrides = [
         f"data.root={train_dir}",
-        *TINY_MASK_OVERRIDES,
+        *THREE_HEAD_OVERRIDES,
         f"train.output_dir={runs}",
         f"model.age_head={request.param}",
     ]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from mask_tree import EVAL_IDS, make_competition_tree
+from mask_tree import EVAL_IDS, TINY_MASK_OVERRIDES, make_competition_tree
 
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
@@ -22,18 +22,6 @@ from training.models import (
 )
 from training.trainer import target_mode
 
-# A few seconds on 2 cores: 84 images of 24x32 at 16x16, one epoch of timm's smallest ResNet.
-TINY_MASK_OVERRIDES = [
-    "model.name=test_resnet",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.device=cpu",
-    "train.log_interval=100",
-    "train.tensorboard=false",
-    "lr_scheduler.warmup_epochs=0",
-]
 AGE_HEADS = ["classification", "regression"]
 ALL_COMBINATIONS = list(itertools.product(range(3), range(2), range(3)))
 

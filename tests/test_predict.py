@@ -2,24 +2,12 @@ import csv
 import logging
 
 import pytest
-from mask_tree import EVAL_IDS, make_competition_tree, make_eval
+from mask_tree import EVAL_IDS, TINY_MASK_OVERRIDES, make_competition_tree, make_eval
 
 from training.__main__ import main
 from training.config import load_config
 from training.data import build_data
 from training.predict import read_image_ids, resolve_image_paths
-
-# A few seconds on 2 cores: 84 images of 24x32 at 16x16, one epoch of timm's smallest ResNet.
-TINY_MASK_OVERRIDES = [
-    "model.name=test_resnet",
-    "data.image_size=16",
-    "data.batch_size=16",
-    "data.num_workers=0",
-    "train.epochs=1",
-    "train.device=cpu",
-    "train.log_interval=100",
-    "lr_scheduler.warmup_epochs=0",
-]
 
 
 def read_rows(path):

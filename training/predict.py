@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from serving.predict import list_images as list_files
 from serving.predict import read_image_ids, resolve_image_paths
 from training.data.datasets import IMAGE_SUFFIXES, ImageDataset, Sample
 from training.data.transforms import build_eval_transform
@@ -23,17 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def list_images(root: Path) -> list[Path]:
-    """Every image file under ``root`` in sorted order, hidden files skipped."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
+    """List the files under ``root`` that training can read as images, sorted, hidden ones skipped."""
+    return list_files(Path(root), IMAGE_SUFFIXES)
 
 
 def predict_files(

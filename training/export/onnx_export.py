@@ -40,15 +40,14 @@ def export_onnx(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
+        common = {"input_names": ["images"], "output_names": output_names, "opset_version": ONNX_OPSET}
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
             torch.onnx.export(
                 wrapper,
                 (example,),
                 str(path),
-                input_names=["images"],
-                output_names=output_names,
-                opset_version=ONNX_OPSET,
+                **common,
                 dynamo=True,
                 dynamic_shapes={"images": {0: batch}},
                 external_data=False,
@@ -59,9 +58,7 @@ def export_onnx(
                 wrapper,
                 (example,),
                 str(path),
-                input_names=["images"],
-                output_names=output_names,
-                opset_version=ONNX_OPSET,
+                **common,
                 dynamo=False,
                 dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             )
